@@ -1,0 +1,3 @@
+from steps.cli import main
+
+main()

@@ -1,0 +1,3 @@
+"""Shared pytest set-up: each area's fixtures live in tests/support/ and are listed here."""
+
+pytest_plugins: list[str] = []
