@@ -8,6 +8,7 @@ come from ``steps.settings`` so they live in one place.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -106,12 +107,32 @@ class BuildConfig(_Strict):
     layer_format: Literal["gzip", "zstd", "none"] = "none"
     storage_driver: Literal["overlay", "vfs"] = "overlay"
     keep_model_after_verify: bool = False
+    # buildah scratch paths (None: under <model dir parent>/.buildah, i.e. on the work volume).
+    # Each build uses its own subdirectory of these and removes it after a successful push.
+    scratch_dir: Path | None = None  # parent of the defaults below
+    storage_root: Path | None = None  # buildah --root (layers); an emptyDir or the work volume
+    run_root: Path | None = None  # buildah --runroot (locks, mount state)
+    tmp_dir: Path | None = None  # TMPDIR: push writes each layer to a temp file here
+    blob_info_cache_dir: Path | None = None  # instead of /var/lib/containers/cache
+    context_dir: Path | None = None  # staged build context; same filesystem as the model -> links
+
+
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 
 
 class ArgoConfig(_Strict):
     server: str | None = None
     parallelism: int = Field(default=2, ge=1)
+    # workflows.argoproj.io/controller-instanceid on our Workflows and WorkflowTemplates: a
+    # controller started with --instanceid (a namespaced one may be) ignores unlabelled ones.
     controller_instance_id: str | None = None
+
+    @field_validator("controller_instance_id")
+    @classmethod
+    def _instance_id(cls, value: str | None) -> str | None:
+        if value is not None and not _LABEL_VALUE.match(value):
+            raise ValueError("must be a label value: up to 63 letters, digits, '-', '_' or '.'")
+        return value or None
 
 
 class ClusterConfig(_Strict):
@@ -160,7 +181,7 @@ class ModelProfiles(_Strict):
 _M = TypeVar("_M", bound=BaseModel)
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: Mapping[str, Any]) -> str:
     key = ".".join(str(part) for part in error["loc"]) or "(top level)"
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
@@ -238,4 +259,4 @@ def registry_profile(name: str, config_dir: Path | None = None) -> RegistryProfi
     if name not in profiles:
         allowed = ", ".join(sorted(profiles))
         raise ConfigError(f"registry profile {name!r} is unknown; choose one of {allowed}")
-    return profiles[name]  # type: ignore[index]
+    return profiles[name]

@@ -45,3 +45,11 @@ class RegistryError(RemoteError):
 
 class QuantizeError(SynesisError):
     """Quantization could not run or produced a result that failed its checks."""
+
+
+class BuilderError(SynesisError):
+    """A local image builder (buildah, skopeo) failed or cannot run on this machine."""
+
+
+class ImageVerifyError(SynesisError):
+    """A built image exists but breaks a ModelCar check (layer over cap, file missing, no sh)."""

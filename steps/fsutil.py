@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from steps.errors import InsufficientSpaceError
 
@@ -40,6 +43,33 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_libc: Any = None
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing a just-written range to disk, without waiting.
+
+    Long writers call this every few MiB so the final fsync finds little left to flush: disk
+    writes overlap the network instead of following it (Linux ``sync_file_range`` with
+    ``SYNC_FILE_RANGE_WRITE``; a no-op where that is missing). Durability still comes only
+    from the fsync.
+    """
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+            _libc.sync_file_range.argtypes = [
+                ctypes.c_int,
+                ctypes.c_int64,
+                ctypes.c_int64,
+                ctypes.c_uint,
+            ]
+        except (OSError, AttributeError, TypeError):
+            _libc = False
+    if _libc:
+        _libc.sync_file_range(fd, offset, length, 2)  # SYNC_FILE_RANGE_WRITE
 
 
 def nearest_existing(path: Path) -> Path:

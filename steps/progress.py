@@ -52,7 +52,9 @@ class Progress:
             if self._tty
             else (interval if interval is not None else settings.progress_interval_seconds())
         )
-        self._progress_file = progress_file if progress_file is not None else settings.progress_file()
+        self._progress_file = (
+            progress_file if progress_file is not None else settings.progress_file()
+        )
         self._lock = threading.Lock()
         self._start = time.monotonic()
         self._last_report = self._start

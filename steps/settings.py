@@ -42,6 +42,19 @@ def env_float(name: str, default: float) -> float:
         raise ConfigError(f"environment {name}={raw!r}: expected a number of seconds") from exc
 
 
+def env_int(name: str, default: int, *, minimum: int = 0) -> int:
+    raw = env_str(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        raise ConfigError(f"environment {name}={raw!r}: expected a whole number >= {minimum}")
+    return value
+
+
 def config_dir() -> Path:
     """Where config/*.yaml live: ``SYNESIS_CONFIG_DIR`` or the checkout's ``config/``."""
     override = env_str("SYNESIS_CONFIG_DIR")
@@ -65,6 +78,25 @@ def progress_interval_seconds() -> float:
     return env_float("SYNESIS_PROGRESS_INTERVAL", 10.0)
 
 
+def hf_endpoint() -> str:
+    """The Hub to talk to: ``HF_ENDPOINT`` (a mirror, or the tests' loopback stand-in) or hf.co.
+
+    Read per call and passed explicitly to huggingface_hub, which itself reads ``HF_ENDPOINT``
+    only once at import.
+    """
+    return (env_str("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+
+def download_workers() -> int:
+    """Files fetched at once by the download step (``SYNESIS_DOWNLOAD_WORKERS``, default 4)."""
+    return env_int("SYNESIS_DOWNLOAD_WORKERS", 4, minimum=1)
+
+
+def http_timeout_seconds() -> float:
+    """Connect/read timeout for one Hub request (``SYNESIS_HTTP_TIMEOUT``, default 60 s)."""
+    return env_float("SYNESIS_HTTP_TIMEOUT", 60.0)
+
+
 def hf_token_file() -> Path:
     """The mounted Hub secret; the cluster templates mount ``hf-hub-secret`` here."""
     return Path(env_str("HF_TOKEN_PATH") or "/var/run/secrets/huggingface/token")
@@ -86,6 +118,73 @@ def hf_token() -> str | None:
         ) from exc
 
 
+def outputs_dir() -> Path | None:
+    """``SYNESIS_OUTPUTS_DIR``: where a step also writes each result field for Argo outputs."""
+    value = env_str("SYNESIS_OUTPUTS_DIR")
+    return Path(value) if value else None
+
+
+def argo_token() -> str | None:
+    """``ARGO_TOKEN`` (with or without its ``Bearer `` prefix); never logged."""
+    return env_str("ARGO_TOKEN")
+
+
+def argo_secure() -> bool:
+    """``ARGO_SECURE`` (the argo CLI's): https for an ``ARGO_SERVER`` given as ``host:port``."""
+    return env_bool("ARGO_SECURE", default=True)
+
+
+def argo_insecure() -> bool:
+    """``ARGO_INSECURE_SKIP_VERIFY``: the argo CLI's own switch for self-signed servers."""
+    return env_bool("ARGO_INSECURE_SKIP_VERIFY")
+
+
+def argo_poll_seconds() -> float:
+    """How often ``submit.py --wait`` asks the Argo Server for the workflow's state."""
+    return env_float("SYNESIS_ARGO_POLL", 5.0)
+
+
+def kubeconfig_paths() -> list[Path]:
+    """The kubeconfig files ``kubectl``/``oc`` would read: ``KUBECONFIG`` (a ``:`` list) or
+    ``~/.kube/config``. Read per call: the kubernetes client reads ``KUBECONFIG`` at import only.
+    """
+    raw = env_str("KUBECONFIG")
+    if raw:
+        return [Path(part).expanduser() for part in raw.split(os.pathsep) if part.strip()]
+    home = Path(env_str("HOME") or "~").expanduser()
+    return [home / ".kube" / "config"]
+
+
+def kube_service_host() -> str | None:
+    """``KUBERNETES_SERVICE_HOST``: set in every pod, so in-cluster credentials may exist."""
+    return env_str("KUBERNETES_SERVICE_HOST")
+
+
+def kube_watch_seconds() -> int:
+    """How long one Kubernetes watch request lasts before ``--wait`` reconnects (server side)."""
+    return env_int("SYNESIS_KUBE_WATCH_SECONDS", 300, minimum=1)
+
+
+def registry_auth_files() -> list[Path]:
+    """Where containers tools keep registry logins, in the order podman/skopeo search them.
+
+    ``REGISTRY_AUTH_FILE`` wins; then ``${XDG_RUNTIME_DIR}/containers/auth.json``, the user's
+    ``~/.config/containers/auth.json`` and Docker's ``~/.docker/config.json``.
+    """
+    found: list[Path] = []
+    explicit = env_str("REGISTRY_AUTH_FILE")
+    if explicit:
+        found.append(Path(explicit))
+    runtime = env_str("XDG_RUNTIME_DIR")
+    if runtime:
+        found.append(Path(runtime) / "containers" / "auth.json")
+    config_home = env_str("XDG_CONFIG_HOME")
+    home = Path(env_str("HOME") or "~").expanduser()
+    found.append((Path(config_home) if config_home else home / ".config") / "containers/auth.json")
+    found.append(Path(env_str("DOCKER_CONFIG") or home / ".docker") / "config.json")
+    return found
+
+
 # Overrides of config values by environment: variable -> dotted key in the cluster config.
 # This table is the only place where an environment variable reaches the config.
 CLUSTER_ENV_OVERRIDES: dict[str, str] = {
@@ -98,11 +197,15 @@ CLUSTER_ENV_OVERRIDES: dict[str, str] = {
     "SYNESIS_QUANTIZE_IMAGE": "images.quantize",
     "SYNESIS_BASE_IMAGE": "images.modelcar_base",
     "ARGO_SERVER": "argo.server",
+    "ARGO_INSTANCEID": "argo.controller_instance_id",
 }
 
 
 def cluster_env_overrides() -> dict[str, tuple[str, str]]:
-    """Dotted key -> (variable, value) for every override set now; ARGO_NAMESPACE beats DS_PROJECT."""
+    """Dotted key -> (variable, value) of each override set now.
+
+    ARGO_NAMESPACE beats DS_PROJECT: it comes later in the table.
+    """
     found: dict[str, tuple[str, str]] = {}
     for variable, key in CLUSTER_ENV_OVERRIDES.items():
         value = env_str(variable)
