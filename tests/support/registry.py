@@ -1,0 +1,411 @@
+"""Registry fixtures: real Debian ``docker-registry`` processes and moto's ECR API, on loopback.
+
+- ``registry``: no auth; ``auth_registry``: htpasswd user/password (bcrypt via ``htpasswd -Bbn``)
+  with a containers auth.json for it; ``ecr_registry``: htpasswd user ``AWS`` with the password
+  moto's ``get_authorization_token`` always hands out, so boto3 → token → Basic → push is real HTTP.
+- ``moto_ecr``: a ``ThreadedMotoServer`` on 127.0.0.1; tests point boto3 at it with
+  ``AWS_ENDPOINT_URL_ECR`` (see ``ecr_env``).
+- ``busybox_base``: a FROM-scratch image of ``busybox-static`` with sh/ln/sleep/ls links, made by
+  ``make_busybox_image`` and pushed with our own client (the ModelCar base used by the tests).
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import io
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import tarfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from steps.imagesource import host_platform
+from steps.oci import (
+    CONFIG,
+    LAYER_TAR_GZIP,
+    MANIFEST,
+    Descriptor,
+    Layout,
+    create_descriptor,
+    create_manifest,
+    sha256_digest,
+)
+from steps.registry import RegistryClient
+from steps.registry_auth import Credentials, StaticAuth
+
+MOTO_ECR_PASSWORD = "123456789012-auth-token"
+BUSYBOX_LINKS = ("sh", "ln", "sleep", "ls", "cat", "sha256sum")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RegistryServer:
+    host: str  # 127.0.0.1:PORT
+    root: Path  # storage root
+    process: subprocess.Popen[bytes]
+    username: str | None = None
+    password: str | None = None
+    auth_file: Path | None = None
+
+    def client(self, **kwargs: object) -> RegistryClient:
+        auth = None
+        if self.username and self.password:
+            auth = StaticAuth(Credentials(self.username, self.password), "test credentials")
+        return RegistryClient(self.host, auth=auth, **kwargs)  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_registry(
+    workdir: Path, *, username: str | None = None, password: str | None = None
+) -> RegistryServer:
+    """Start ``docker-registry serve`` on a free loopback port with storage under ``workdir``."""
+    if shutil.which("docker-registry") is None:
+        pytest.skip("docker-registry is not installed (apt-get install docker-registry)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    storage = workdir / "storage"
+    storage.mkdir(exist_ok=True)
+    port = free_port()
+    host = f"127.0.0.1:{port}"
+    auth_block = ""
+    auth_file = None
+    if username and password:
+        line = subprocess.run(
+            ["htpasswd", "-Bbn", username, password], check=True, capture_output=True, text=True
+        ).stdout.strip()
+        (workdir / "htpasswd").write_text(line + "\n")
+        auth_block = (
+            f"auth:\n  htpasswd:\n    realm: synesis-test\n    path: {workdir / 'htpasswd'}\n"
+        )
+        auth_file = workdir / "auth.json"
+        encoded = base64.b64encode(f"{username}:{password}".encode()).decode()
+        auth_file.write_text(json.dumps({"auths": {host: {"auth": encoded}}}))
+    config = workdir / "config.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log:\n  level: error\n  accesslog:\n    disabled: true\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n"
+        f"http:\n  addr: {host}\n  secret: {secrets.token_hex(16)}\n" + auth_block
+    )
+    log = open(workdir / "registry.log", "wb")  # noqa: SIM115 - lives as long as the process
+    process = subprocess.Popen(
+        ["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"docker-registry exited: {(workdir / 'registry.log').read_text()}")
+        try:
+            answer = requests.get(f"http://{host}/v2/", timeout=1)
+            if answer.status_code in (200, 401):
+                break
+        except requests.ConnectionError:
+            time.sleep(0.05)
+    else:
+        process.kill()
+        raise RuntimeError("docker-registry did not start within 20 s")
+    return RegistryServer(host, storage, process, username, password, auth_file)
+
+
+def make_busybox_image() -> tuple[bytes, bytes, bytes]:
+    """(gzip layer, config, manifest) of a FROM-scratch busybox image with applet links."""
+    busybox = Path("/bin/busybox")
+    if not busybox.exists():
+        pytest.skip("busybox-static is not installed")
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name in ("bin", "tmp"):
+            info = tarfile.TarInfo(name)
+            info.type, info.mode = tarfile.DIRTYPE, 0o755 if name == "bin" else 0o1777
+            tar.addfile(info)
+        data = busybox.read_bytes()
+        info = tarfile.TarInfo("bin/busybox")
+        info.size, info.mode = len(data), 0o755
+        tar.addfile(info, io.BytesIO(data))
+        for link in BUSYBOX_LINKS:
+            info = tarfile.TarInfo(f"bin/{link}")
+            info.type, info.linkname, info.mode = tarfile.SYMTYPE, "busybox", 0o777
+            tar.addfile(info)
+    layer_tar = raw.getvalue()
+    layer = gzip.compress(layer_tar, mtime=0)
+    os_name, arch = host_platform()
+    config = json.dumps(
+        {
+            "architecture": arch,
+            "os": os_name,
+            "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"]},
+            "rootfs": {"type": "layers", "diff_ids": [sha256_digest(layer_tar)]},
+            "history": [{"created_by": "busybox-static"}],
+        },
+        separators=(",", ":"),
+    ).encode()
+    manifest = create_manifest(
+        config=create_descriptor(config, CONFIG),
+        layers=[create_descriptor(layer, LAYER_TAR_GZIP)],
+    ).to_json()
+    return layer, config, manifest
+
+
+def push_busybox(client: RegistryClient, repository: str, tag: str = "1") -> str:
+    """Push the busybox base with our own client; return its reference."""
+    layer, config, manifest = make_busybox_image()
+    client.upload_bytes(repository, layer)
+    client.upload_bytes(repository, config)
+    client.put_manifest(repository, tag, manifest, MANIFEST)
+    return f"{client.host}/{repository}:{tag}"
+
+
+def write_busybox_layout(path: Path, tag: str = "1") -> str:
+    layer, config, manifest = make_busybox_image()
+    layout = Layout(path)
+    layout.init()
+    for blob in (layer, config):
+        layout.write_blob(blob)
+    digest = layout.write_blob(manifest)
+    layout.tag(Descriptor(mediaType=MANIFEST, digest=digest, size=len(manifest)), tag)
+    return f"oci:{path}:{tag}"
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+    server = start_registry(tmp_path_factory.mktemp("registry"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+    server = start_registry(
+        tmp_path_factory.mktemp("auth-registry"),
+        username="synesis",
+        password="pw-" + secrets.token_hex(12),
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ecr_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+    server = start_registry(
+        tmp_path_factory.mktemp("ecr-registry"), username="AWS", password=MOTO_ECR_PASSWORD
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def busybox_base(registry: RegistryServer) -> str:
+    return push_busybox(registry.client(), "base/busybox")
+
+
+@pytest.fixture(scope="session")
+def moto_ecr() -> Iterator[str]:
+    """Endpoint URL of a moto server speaking the ECR API on loopback."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def ecr_env(moto_ecr: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """boto3 pointed at moto with dummy credentials (no real AWS is ever contacted)."""
+    env = {
+        "AWS_ENDPOINT_URL_ECR": moto_ecr,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    return env
+
+
+@pytest.fixture(autouse=False)
+def isolated_auth(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No stray user logins: auth files resolve under a temp HOME unless a test sets one."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    monkeypatch.delenv("DOCKER_CONFIG", raising=False)
+    return tmp_path / "home"
+
+
+class FaultProxy:
+    """A loopback HTTP proxy in front of a registry: Bearer-token auth and injected faults.
+
+    Not a mock of the registry: every request that is not faulted is forwarded to the real
+    ``docker-registry`` behind it. ``bearer`` makes it demand ``Authorization: Bearer`` with a
+    standard WWW-Authenticate challenge and serve the token endpoint at ``/token`` (Basic
+    login ``user``/``password``); ``faults`` maps a method to a list of actions consumed one per
+    request: ``"pass"``, ``"500"``, ``"drop"`` (close without forwarding) or ``"lost"``
+    (forward, then close without answering).
+    """
+
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        bearer: bool = False,
+        user: str = "tokenuser",
+        password: str = "",
+        token_ttl_requests: int | None = None,
+    ) -> None:
+        import http.server
+        import threading
+
+        self.upstream = upstream
+        self.bearer = bearer
+        self.user = user
+        self.password = password or "tok-pw-" + secrets.token_hex(8)
+        self.faults: dict[str, list[str]] = {}
+        self.tokens: set[str] = set()
+        self.token_requests = 0
+        self.token_ttl_requests = token_ttl_requests
+        self.log: list[tuple[str, str, int]] = []
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _handle(self) -> None:
+                proxy.handle(self)
+
+            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = f"127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _reply(
+        self, h: object, status: int, body: bytes = b"", headers: dict[str, str] | None = None
+    ) -> None:
+        handler = h  # type: Any
+        handler.send_response(status)
+        for key, value in (headers or {}).items():
+            handler.send_header(key, value)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        if handler.command != "HEAD":
+            handler.wfile.write(body)
+
+    def handle(self, handler: Any) -> None:
+        method, path = handler.command, handler.path
+        length = int(handler.headers.get("Content-Length") or 0)
+        body = handler.rfile.read(length) if length else b""
+        if path.startswith("/token"):
+            self.token_requests += 1
+            auth = handler.headers.get("Authorization", "")
+            expected = "Basic " + base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
+            if auth != expected:
+                self._reply(handler, 401, b'{"errors":[{"code":"UNAUTHORIZED"}]}')
+                return
+            token = "tok-" + secrets.token_hex(16)
+            self.tokens = {token}  # older tokens expire when a new one is issued
+            self._reply(
+                handler,
+                200,
+                json.dumps({"token": token}).encode(),
+                {"Content-Type": "application/json"},
+            )
+            return
+        if self.bearer:
+            auth = handler.headers.get("Authorization", "")
+            if not auth.startswith("Bearer ") or auth[7:] not in self.tokens:
+                challenge = (
+                    f'Bearer realm="http://{self.host}/token",service="synesis-test",'
+                    'scope="repository:x:pull"'
+                )
+                self._reply(
+                    handler,
+                    401,
+                    b'{"errors":[{"code":"UNAUTHORIZED"}]}',
+                    {"WWW-Authenticate": challenge},
+                )
+                self.log.append((method, path, 401))
+                return
+        queue_ = self.faults.get(method) or []
+        action = queue_.pop(0) if queue_ else "pass"
+        if action == "500":
+            self.log.append((method, path, 500))
+            self._reply(handler, 500, b'{"errors":[{"code":"UNKNOWN","message":"injected"}]}')
+            return
+        if action == "drop":
+            self.log.append((method, path, 0))
+            handler.close_connection = True
+            handler.connection.shutdown(socket.SHUT_RDWR)
+            return
+        headers = {k: v for k, v in handler.headers.items() if k.lower() not in ("authorization",)}
+        headers["Host"] = self.host
+        answer = requests.request(
+            method,
+            f"http://{self.upstream}{path}",
+            headers=headers,
+            data=body or None,
+            allow_redirects=False,
+            timeout=60,
+        )
+        self.log.append((method, path, answer.status_code))
+        if action == "lost":
+            handler.close_connection = True
+            handler.connection.shutdown(socket.SHUT_RDWR)
+            return
+        passthrough = {
+            k: v
+            for k, v in answer.headers.items()
+            if k.lower()
+            not in ("content-length", "transfer-encoding", "connection", "content-encoding")
+        }
+        self._reply(handler, answer.status_code, answer.content, passthrough)
+
+
+@pytest.fixture
+def fault_proxy(registry: RegistryServer) -> Iterator[FaultProxy]:
+    proxy = FaultProxy(registry.host)
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture
+def bearer_proxy(registry: RegistryServer) -> Iterator[FaultProxy]:
+    proxy = FaultProxy(registry.host, bearer=True)
+    yield proxy
+    proxy.stop()
