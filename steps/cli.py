@@ -8,6 +8,7 @@ Heavy libraries (torch, llmcompressor) are imported inside the quantize step, no
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -15,7 +16,7 @@ from collections.abc import Callable, Sequence
 import click
 from pydantic import BaseModel
 
-from steps import redact
+from steps import redact, settings
 from steps.errors import SynesisError
 
 log = logging.getLogger("steps")
@@ -46,7 +47,32 @@ def run_step(work: Callable[[], BaseModel]) -> None:
     except KeyboardInterrupt:
         click.echo("error: interrupted; run the same command again to resume", err=True)
         sys.exit(130)
+    write_outputs(result)
     click.echo(result.model_dump_json())
+
+
+def write_outputs(result: BaseModel) -> None:
+    """Also write each top-level result field to ``$SYNESIS_OUTPUTS_DIR/<field>`` when set.
+
+    Argo output parameters can only be read from files (``valueFrom.path``), so the workflow
+    templates set ``SYNESIS_OUTPUTS_DIR`` and declare one output per field they show in the UI.
+    Strings are written as they are, booleans as ``true``/``false``, None as an empty file and
+    anything else as JSON. Nothing is written on failure, like markers.
+    """
+    directory = settings.outputs_dir()
+    if directory is None:
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    for key, value in result.model_dump(mode="json").items():
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif value is None:
+            text = ""
+        elif isinstance(value, str):
+            text = value
+        else:
+            text = json.dumps(value, sort_keys=True)
+        (directory / key).write_text(text)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -58,6 +84,20 @@ def cli(verbose: bool) -> None:
 
 def _register() -> None:
     # Each step module adds its command here as it lands; imports stay light (see module doc).
+    from steps import check_markers
+
+    cli.add_command(check_markers.command)
+    from steps import download
+
+    cli.add_command(download.command)
+    from steps import quantize
+
+    cli.add_command(quantize.command)
+    from steps import build, cleanup, verify
+
+    cli.add_command(build.build_command)
+    cli.add_command(verify.verify_command)
+    cli.add_command(cleanup.cleanup_command)
     pass
 
 

@@ -1,3 +1,8 @@
 """Shared pytest set-up: each area's fixtures live in tests/support/ and are listed here."""
 
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = [
+    "tests.support.hub_server",
+    "tests.support.tiny_models",
+    "tests.support.argo_server",
+    "tests.support.registry",
+]
