@@ -102,7 +102,7 @@ def build(
     model_id: str,
     revision: str,
     quantization: str | None = None,
-    builder: str | None = "stream",
+    builder: str | None = None,
     state_dir: Path | None = None,
     base: str | None = None,
     profile: str | None = None,

@@ -198,6 +198,11 @@ CLUSTER_ENV_OVERRIDES: dict[str, str] = {
     "SYNESIS_BASE_IMAGE": "images.modelcar_base",
     "ARGO_SERVER": "argo.server",
     "ARGO_INSTANCEID": "argo.controller_instance_id",
+    # The buildah template points these at its emptyDir; the staged context stays on the work
+    # volume so it can hard-link the model files instead of copying them.
+    "SYNESIS_BUILDAH_STORAGE": "build.storage_root",
+    "SYNESIS_BUILDAH_RUNROOT": "build.run_root",
+    "SYNESIS_BUILDAH_TMPDIR": "build.tmp_dir",
 }
 
 

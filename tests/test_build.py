@@ -76,6 +76,7 @@ def test_push_inspect_copy_and_extract(
     src, files = model
     target = f"{registry.host}/models/tiny:v1"
     result = build(
+        builder="stream",
         src=src,
         target=target,
         model_id="org/tiny",
@@ -145,7 +146,12 @@ def test_rerun_uploads_nothing_and_digests_are_reproducible(
 ) -> None:
     src, _files = model
     common = dict(
-        src=src, model_id="org/tiny", revision="b" * 40, base=busybox_base, cap_bytes=2 * MiB
+        src=src,
+        model_id="org/tiny",
+        revision="b" * 40,
+        base=busybox_base,
+        cap_bytes=2 * MiB,
+        builder="stream",
     )
     first = build(target=f"{registry.host}/models/rerun:v1", **common)  # type: ignore[arg-type]
     assert first.bytes_uploaded >= first.blob_bytes
@@ -174,6 +180,7 @@ def test_layout_target_and_layout_base_work_with_skopeo(
     base = write_busybox_layout(tmp_path / "base-layout")
     layout_dir = tmp_path / "image"
     result = build(
+        builder="stream",
         src=src,
         target=f"oci:{layout_dir}:manager",
         model_id="org/tiny",
@@ -222,6 +229,7 @@ def test_base_in_other_registry_is_copied_with_basic_auth(
     monkeypatch.setenv("REGISTRY_AUTH_FILE", str(auth_registry.auth_file))
     src, _ = model
     result = build(
+        builder="stream",
         src=src,
         target=f"{auth_registry.host}/models/tiny:v1",
         model_id="org/tiny",
@@ -241,6 +249,7 @@ def test_base_in_same_registry_is_mounted(
     src, _ = model
     base = push_busybox(registry.client(), "base/mountme")
     result = build(
+        builder="stream",
         src=src,
         target=f"{registry.host}/models/mounted:v1",
         model_id="org/tiny",

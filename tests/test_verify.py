@@ -38,6 +38,7 @@ def built(
     src.mkdir(parents=True)
     make_model(src)
     result = build(
+        builder="stream",
         src=src,
         target=f"{registry.host}/models/verify:v1",
         model_id="org/m",
@@ -89,6 +90,7 @@ def test_verify_layout_and_tag_reference(
     make_model(src)
     layout = tmp_path / "layout"
     built = build(
+        builder="stream",
         src=src,
         target=f"oci:{layout}:t1",
         model_id="org/m",

@@ -371,7 +371,10 @@ def run_local(
 
     from steps.cleanup import cleanup
 
-    step("cleanup", lambda: cleanup(model_dir=source, state_dir=state, keep=keep or None))
+    step(
+        "cleanup",
+        lambda: cleanup(model_dirs=[source, build_src], state_dir=state, keep=keep or None),
+    )
     return LocalResult(
         pipeline=pipeline,
         model_id=model_id,

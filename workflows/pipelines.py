@@ -223,7 +223,11 @@ def pipeline_template(pipeline: str, cfg: config.ClusterConfig) -> WorkflowTempl
                 cleanup,
                 name="cleanup",
                 when=_todo("cleanup"),
-                arguments={"model-dir": _cm("source"), "state-dir": _cm("state_dir")},
+                arguments={
+                    "model-dir": _cm("source"),
+                    "build-src": _cm("build_src"),
+                    "state-dir": _cm("state_dir"),
+                },
             )
             _chain(image_info, verify_task, cleanup_task)
     return wt
@@ -262,7 +266,9 @@ spec:
 
 def _child_manifest(cfg: config.ClusterConfig) -> str:
     """The child Workflow manifest, with the instance id label when one is configured."""
-    extra = "".join(f"    {key}: {json.dumps(value)}\n" for key, value in instance_labels(cfg).items())
+    extra = "".join(
+        f"    {key}: {json.dumps(value)}\n" for key, value in instance_labels(cfg).items()
+    )
     return _CHILD_MANIFEST.replace(f"    {LABEL}: all\n", f"    {LABEL}: all\n{extra}")
 
 

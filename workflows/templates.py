@@ -269,9 +269,9 @@ def build_buildah(cfg: config.ClusterConfig) -> Container:
         inputs=_inputs(*_BUILD_INPUTS),
         outputs=_outputs(*_BUILD_OUTPUTS),
         env=_env(
-            Env(name="BUILDAH_ISOLATION", value="chroot"),
-            Env(name="STORAGE_DRIVER", value=cfg.build.storage_driver),
-            Env(name="TMPDIR", value=f"{BUILDAH_STORAGE}/tmp"),
+            Env(name="SYNESIS_BUILDAH_STORAGE", value=f"{BUILDAH_STORAGE}/storage"),
+            Env(name="SYNESIS_BUILDAH_RUNROOT", value=f"{BUILDAH_STORAGE}/run"),
+            Env(name="SYNESIS_BUILDAH_TMPDIR", value=f"{BUILDAH_STORAGE}/tmp"),
         ),
         resources=Resources(
             cpu_request=spec.cpu,
@@ -299,12 +299,22 @@ def verify(cfg: config.ClusterConfig) -> Container:
 
 
 def cleanup(cfg: config.ClusterConfig) -> Container:
-    """Frees the downloaded weights once verify passed (the step refuses otherwise)."""
+    """Frees the downloaded (and quantized) weights once verify passed; the step refuses before."""
     return _step(
         cfg,
         name=CLEANUP,
-        command=["cleanup", "--model-dir", _p("model-dir"), "--state-dir", _p("state-dir")],
-        inputs=["model-dir", "state-dir"],
+        # The download and what the build packaged (the quantized copy in the executor; the
+        # download again in the manager, which the step removes once).
+        command=[
+            "cleanup",
+            "--model-dir",
+            _p("model-dir"),
+            "--model-dir",
+            _p("build-src"),
+            "--state-dir",
+            _p("state-dir"),
+        ],  # fmt: skip
+        inputs=["model-dir", "build-src", "state-dir"],
         outputs=("removed", "bytes_freed"),
         resources="cleanup",
     )
