@@ -35,8 +35,11 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "ARGO_SECURE",
         "SYNESIS_STEP_IMAGE",
         "SYNESIS_BUILDER",
+        "ARGO_INSTANCEID",
+        "KUBERNETES_SERVICE_HOST",
     ):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KUBECONFIG", "/nonexistent/kubeconfig")  # no kube fallback either
     monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no `oc` token fallback in these tests
     monkeypatch.setenv("SYNESIS_ARGO_POLL", "0.01")
 
@@ -354,5 +357,6 @@ def test_bootstrap_apply_without_oc_or_kubectl_is_exit_2(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("ARGO_SERVER", "http://127.0.0.1:9")  # argo transport: oc applies
     result = _bootstrap(tmp_path / "m", "--apply")
     assert result.exit_code == 2 and "neither oc nor kubectl" in result.output

@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import shutil
 import subprocess
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import requests
@@ -20,6 +22,7 @@ from hera.workflows import Workflow, WorkflowsService, WorkflowTemplate
 from hera.workflows.models import (
     SubmitOpts,
     WorkflowCreateRequest,
+    WorkflowRetryRequest,
     WorkflowSubmitRequest,
     WorkflowTemplateCreateRequest,
     WorkflowTemplateUpdateRequest,
@@ -29,10 +32,10 @@ from hera.workflows.models import WorkflowTemplate as WorkflowTemplateModel
 
 from steps import redact, settings
 from steps.errors import AuthError, ConfigError, RemoteError
+from workflows.transport import CONFLICT_RETRIES, TERMINAL
 
 log = logging.getLogger(__name__)
 
-CONFLICT_RETRIES = 3
 _T = TypeVar("_T")
 
 
@@ -66,6 +69,8 @@ class ArgoClient:
     server: str
     namespace: str
     service: WorkflowsService
+    via: str = "argo"
+    can_retry: bool = True
 
     @classmethod
     def connect(cls, *, server: str | None, namespace: str) -> ArgoClient:
@@ -89,6 +94,11 @@ class ArgoClient:
 
     def ui_url(self, name: str) -> str:
         return f"{self.server}workflows/{self.namespace}/{name}"
+
+    workflow_url = ui_url
+
+    def templates_url(self) -> str:
+        return f"{self.server}workflow-templates/{self.namespace}"
 
     def _call(self, what: str, fn: Callable[[], _T]) -> _T:
         try:
@@ -204,6 +214,34 @@ class ArgoClient:
             )
         except NotFound as exc:
             raise RemoteError(f"workflow {name} not found in {self.namespace}") from exc
+
+    def watch(self, name: str) -> Iterator[WorkflowModel]:
+        """The Argo Server has no watch we use here: poll ``SYNESIS_ARGO_POLL`` seconds apart."""
+        poll = settings.argo_poll_seconds()
+        while True:
+            workflow = self.get_workflow(name)
+            yield workflow
+            if workflow.status is not None and workflow.status.phase in TERMINAL:
+                return
+            time.sleep(poll)
+
+    def retry(self, name: str) -> str:
+        """``PUT /api/v1/workflows/{ns}/{name}/retry``: failed nodes run again, the rest stay."""
+        request = WorkflowRetryRequest(name=name, namespace=self.namespace)
+        try:
+            workflow = self._call(
+                f"retry workflow {name}",
+                lambda: self.service.retry_workflow(name, request, namespace=self.namespace),
+            )
+        except NotFound as exc:
+            raise RemoteError(f"workflow {name} not found in {self.namespace}") from exc
+        return _name_of(workflow)
+
+    def apply_manifests(self, paths: list[Path]) -> list[Path]:
+        """The Argo Server cannot create PVCs or RBAC: ``oc apply`` (or kubectl) does."""
+        from workflows.bootstrap import apply_manifests
+
+        return apply_manifests(paths)
 
 
 def _name_of(workflow: Any) -> str:

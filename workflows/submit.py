@@ -6,11 +6,16 @@
     python workflows/submit.py all ...             (every profile in config/models.yaml)
     python workflows/submit.py catalog [--apply]   (register the WorkflowTemplates)
     python workflows/submit.py bootstrap [--apply] [--out DIR]
+    python workflows/submit.py status NAME [--wait]
+    python workflows/submit.py retry NAME [--resubmit] [--yes] [--wait]
     python workflows/submit.py render [--write]    (regenerate workflows/golden/*.yaml)
     python workflows/submit.py demo-model DIR      (tiny offline model for --local --model-dir)
 
-Cluster submits read ``ARGO_SERVER``, ``ARGO_TOKEN`` (or ``oc whoami -t``), ``ARGO_NAMESPACE`` /
-``DS_PROJECT`` and ``ECR_URI`` (all through ``steps.settings``). Failures print one line
+Cluster commands take ``--via argo|kube|auto`` and ``--namespace`` (``workflows/transport.py``):
+``argo`` talks to the Argo Server (``ARGO_SERVER``, ``ARGO_TOKEN`` or ``oc whoami -t``), ``kube``
+to the Kubernetes API with the kubeconfig's current context (``oc login``) or a pod's service
+account; ``auto`` takes argo when ``ARGO_SERVER`` is set. ``ARGO_NAMESPACE`` / ``DS_PROJECT``,
+``ECR_URI`` and ``ARGO_INSTANCEID`` are read through ``steps.settings``. Failures print one line
 ``error: ...`` and exit 2 (bad input) or 1 (remote failure), like the steps.
 """
 
@@ -28,7 +33,6 @@ if __package__ in (None, ""):  # run as a script: make the checkout importable, 
 
 import functools  # noqa: E402
 import json  # noqa: E402
-import time  # noqa: E402
 from collections.abc import Callable, Sequence  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import Any, TypeVar  # noqa: E402
@@ -36,12 +40,13 @@ from typing import Any, TypeVar  # noqa: E402
 import click  # noqa: E402
 import yaml  # noqa: E402
 
-from steps import config, redact, settings  # noqa: E402
+from steps import config, redact  # noqa: E402
 from steps.cli import configure_logging  # noqa: E402
-from steps.errors import BadInputError, ConfigError, SynesisError  # noqa: E402
+from steps.errors import BadInputError, ConfigError, RemoteError, SynesisError  # noqa: E402
+from workflows import transport  # noqa: E402
+from workflows.transport import TERMINAL, VIA_CHOICES, Transport  # noqa: E402
 
 _F = TypeVar("_F", bound=Callable[..., Any])
-TERMINAL = {"Succeeded", "Failed", "Error"}
 
 
 def _one_line_errors(fn: _F) -> _F:
@@ -134,29 +139,11 @@ def resolve_spec(
     return spec
 
 
-def _workflow_doc(template: str, namespace: str, parameters: dict[str, str]) -> dict[str, Any]:
-    return {
-        "apiVersion": "argoproj.io/v1alpha1",
-        "kind": "Workflow",
-        "metadata": {"generateName": f"{template}-", "namespace": namespace},
-        "spec": {
-            "workflowTemplateRef": {"name": template},
-            "arguments": {"parameters": [{"name": k, "value": v} for k, v in parameters.items()]},
-        },
-    }
-
-
 def _dump_all(documents: Sequence[dict[str, Any]]) -> str:
     return yaml.safe_dump_all(documents, sort_keys=False, default_flow_style=False, width=100)
 
 
 # -- cluster submission ------------------------------------------------------------------------
-
-
-def _client(cfg: config.ClusterConfig) -> Any:
-    from workflows.argo_client import ArgoClient
-
-    return ArgoClient.connect(server=cfg.argo.server, namespace=cfg.namespace)
 
 
 def _require_registry(cfg: config.ClusterConfig) -> str:
@@ -173,34 +160,89 @@ def _node_line(node: Any) -> str:
     return f"  {node.display_name or node.name}: {node.phase}{progress}"
 
 
-def follow(client: Any, name: str, *, poll: float | None = None, out: Any = None) -> int:
-    """Print node phase changes until the workflow ends; 0 when it Succeeded, else 1."""
-    poll = settings.argo_poll_seconds() if poll is None else poll
+def _nodes(wf: Any) -> dict[str, Any]:
+    return dict((wf.status.nodes if wf.status is not None else None) or {})
+
+
+def _failed_nodes(wf: Any, name: str) -> list[str]:
+    """``step: message`` of each failed pod (the root DAG only says which child failed)."""
+    failed = [
+        f"{node.display_name or node.name}: {node.message}"
+        for node in _nodes(wf).values()
+        if node.phase in ("Failed", "Error") and node.message and node.name != name
+        and node.type in ("Pod", "Retry")
+    ]  # fmt: skip
+    return sorted(set(failed))
+
+
+def summary(wf: Any, name: str) -> dict[str, Any]:
+    """One JSON-able line for a workflow: phase, progress N/M, message, failed nodes, outputs."""
+    status = wf.status
+    found: dict[str, Any] = {
+        "workflow": name,
+        "phase": (status.phase if status is not None else None) or "Pending",
+    }
+    if status is not None and status.progress:
+        found["progress"] = status.progress
+    if status is not None and status.message:
+        found["message"] = status.message
+    failed = _failed_nodes(wf, name)
+    if failed:
+        found["failed"] = failed
+    for node in _nodes(wf).values():
+        if node.name == name and node.outputs and node.outputs.parameters:
+            found.update({p.name: p.value for p in node.outputs.parameters})
+    return found
+
+
+def _report_changes(wf: Any, name: str, seen: dict[str, str]) -> None:
+    """Print (stderr) the workflow's phase/progress and each step's, when they changed."""
+    info = summary(wf, name)
+    line = f"{name}: {info['phase']}" + (f" {info['progress']}" if "progress" in info else "")
+    if seen.get("") != line:
+        seen[""] = line
+        click.echo(line, err=True)
+    nodes = _nodes(wf)
+    for node_id, node in sorted(nodes.items(), key=lambda kv: str(kv[1].started_at or "")):
+        if node.type not in ("Pod", "Skipped", "Retry"):
+            continue
+        node_line = _node_line(node)
+        if seen.get(node_id) != node_line:
+            seen[node_id] = node_line
+            click.echo(node_line, err=True)
+
+
+def _outcome(wf: Any, name: str) -> int:
+    """Print the final line: the outputs JSON (0), or ``error: ...`` with the failed step (1)."""
+    info = summary(wf, name)
+    phase = info["phase"]
+    if phase == "Succeeded":
+        click.echo(json.dumps({k: v for k, v in info.items() if k not in ("message", "failed")}))
+        return 0
+    if phase not in TERMINAL:
+        click.echo(json.dumps(info))
+        return 0
+    message = info.get("message") or "see the workflow's nodes"
+    failed = "; ".join(info.get("failed", []))
+    click.echo(
+        f"error: workflow {name} {phase}: {message}" + (f" ({failed})" if failed else ""), err=True
+    )
+    return 1
+
+
+def follow(client: Transport, name: str) -> int:
+    """Print phase, progress and step changes until the workflow ends; 0 if it Succeeded, else 1.
+
+    The transport decides how to follow (the Argo Server is polled, the Kubernetes API watched).
+    """
     seen: dict[str, str] = {}
-    while True:
-        wf = client.get_workflow(name)
-        status = wf.status
-        nodes = (status.nodes if status is not None else None) or {}
-        for node_id, node in sorted(nodes.items(), key=lambda kv: str(kv[1].started_at or "")):
-            if node.type not in ("Pod", "Skipped", "Retry"):
-                continue
-            line = _node_line(node)
-            if seen.get(node_id) != line:
-                seen[node_id] = line
-                click.echo(line, err=True)
-        phase = status.phase if status is not None else None
-        if phase in TERMINAL:
-            if phase == "Succeeded":
-                outputs = {}
-                for node in nodes.values():
-                    if node.name == name and node.outputs and node.outputs.parameters:
-                        outputs = {p.name: p.value for p in node.outputs.parameters}
-                click.echo(json.dumps({"workflow": name, "phase": phase, **outputs}))
-                return 0
-            message = status.message if status is not None and status.message else "see the UI"
-            click.echo(f"error: workflow {name} {phase}: {message}", err=True)
-            return 1
-        time.sleep(poll)
+    last = None
+    for wf in client.watch(name):
+        _report_changes(wf, name, seen)
+        last = wf
+    if last is None:
+        raise RemoteError(f"workflow {name}: no state received")
+    return _outcome(last, name)
 
 
 def submit_cluster(
@@ -213,9 +255,11 @@ def submit_cluster(
     build_only: bool,
     dry_run: bool,
     wait: bool,
+    via: str = "auto",
+    namespace: str | None = None,
 ) -> None:
     from workflows import catalog
-    from workflows.pipelines import ALL_NAME, TEMPLATE_NAMES
+    from workflows.pipelines import ALL_NAME, TEMPLATE_NAMES, instance_labels
 
     registry = cfg.registry.uri or ""
     if pipeline == "all":
@@ -231,24 +275,60 @@ def submit_cluster(
         parameters = specs[0].parameters(
             registry=registry, builder=builder, resume=resume, build_only=build_only
         )
-    templates = catalog.templates(cfg)
-    if pipeline != "all":
-        templates = [t for t in templates if t.name == template_name]
+
+    def chosen_templates(cfg: config.ClusterConfig) -> list[Any]:
+        found = catalog.templates(cfg)
+        return found if pipeline == "all" else [t for t in found if t.name == template_name]
+
     if dry_run:
-        documents = [t.to_dict() for t in templates]
-        documents.append(_workflow_doc(template_name, cfg.namespace, parameters))
+        cfg = transport.with_namespace(cfg, namespace)
+        documents = [t.to_dict() for t in chosen_templates(cfg)]
+        documents.append(
+            transport.workflow_document(
+                template_name, cfg.namespace, parameters, instance_labels(cfg)
+            )
+        )
         click.echo(_dump_all(documents), nl=False)
         return
     _require_registry(cfg)
-    client = _client(cfg)
-    for template in templates:
+    client, cfg = transport.connect(via, cfg, namespace=namespace)
+    for template in chosen_templates(cfg):
         action = client.create_or_update_template(template)
         click.echo(f"{action} WorkflowTemplate {template.name}", err=True)
-    name = client.submit_from_template(template_name, parameters)
+    name = client.submit_from_template(template_name, parameters, instance_labels(cfg))
     click.echo(f"submitted {name}")
-    click.echo(client.ui_url(name))
+    click.echo(client.workflow_url(name))
     if wait:
         sys.exit(follow(client, name))
+
+
+def resubmit_workflow(client: Transport, wf: Any, cfg: config.ClusterConfig) -> str:
+    """A new Workflow from ``wf``'s template and parameters with ``resume=true``: finished
+    steps are skipped by their markers, so this is a retry where retry-in-place is impossible.
+    A workflow still running is refused (two runs would share one PVC).
+    """
+    from workflows.pipelines import instance_labels
+
+    name = str(wf.metadata.name)
+    phase = wf.status.phase if wf.status is not None else None
+    if phase not in TERMINAL:
+        raise BadInputError(
+            f"workflow {name} is still {phase or 'Pending'}; wait for it to end (status {name} "
+            "--wait) before resubmitting"
+        )
+    ref = wf.spec.workflow_template_ref if wf.spec is not None else None
+    if ref is None or not ref.name:
+        raise BadInputError(
+            f"workflow {name} was not created from a WorkflowTemplate; rerun the command that "
+            "created it (for the image build: bootstrap --apply)"
+        )
+    arguments = wf.spec.arguments if wf.spec is not None else None
+    parameters = {
+        p.name: "" if p.value is None else str(p.value)
+        for p in ((arguments.parameters if arguments is not None else None) or [])
+    }
+    parameters["resume"] = "true"
+    return client.submit_from_template(ref.name, parameters, instance_labels(cfg))
 
 
 # -- click commands ----------------------------------------------------------------------------
@@ -259,6 +339,25 @@ def submit_cluster(
 def cli(verbose: bool) -> None:
     """Synesis Pipelines: Hugging Face model -> KServe ModelCar image, on Argo or locally."""
     configure_logging(verbose)
+
+
+def _transport_options(fn: _F) -> _F:
+    """``--via`` and ``--namespace``: how to reach the cluster, and where to work in it."""
+    fn = click.option(
+        "-n",
+        "--namespace",
+        default=None,
+        help="Namespace / OpenShift project (default: ARGO_NAMESPACE, DS_PROJECT, the kube "
+        "context's namespace, then config).",
+    )(fn)
+    return click.option(
+        "--via",
+        type=click.Choice(VIA_CHOICES),
+        default="auto",
+        show_default=True,
+        help="argo: the Argo Server (ARGO_SERVER); kube: the Kubernetes API (kubeconfig / "
+        "oc login, or in-cluster); auto: argo when ARGO_SERVER is set, else kube.",
+    )(fn)
 
 
 def _pipeline_options(fn: _F) -> _F:
@@ -307,7 +406,7 @@ def _pipeline_options(fn: _F) -> _F:
     ]
     for option in reversed(options):
         fn = option(fn)
-    return fn
+    return _transport_options(fn)
 
 
 def _run_pipeline(pipeline: str, **opts: Any) -> None:
@@ -386,6 +485,8 @@ def _run_pipeline(pipeline: str, **opts: Any) -> None:
         build_only=opts["build_only"],
         dry_run=opts["dry_run"],
         wait=opts["wait"],
+        via=opts["via"],
+        namespace=opts["namespace"],
     )
 
 
@@ -414,26 +515,32 @@ def all_(**opts: Any) -> None:
 
 
 @cli.command()
-@click.option("--apply", "apply_", is_flag=True, help="Create or update them on the server.")
+@click.option("--apply", "apply_", is_flag=True, help="Create or update them on the cluster.")
+@_transport_options
 @_one_line_errors
-def catalog(apply_: bool) -> None:
-    """Register the WorkflowTemplates so the Argo UI can submit and retry them."""
+def catalog(apply_: bool, via: str, namespace: str | None) -> None:
+    """Register the WorkflowTemplates so the Argo UI (or `submit.py`) can submit and retry them."""
     from workflows import catalog as catalog_module
 
     cfg = config.load_cluster()
-    templates = catalog_module.templates(cfg)
     if not apply_:
-        click.echo(_dump_all([t.to_dict() for t in templates]), nl=False)
+        cfg = transport.with_namespace(cfg, namespace)
+        click.echo(_dump_all([t.to_dict() for t in catalog_module.templates(cfg)]), nl=False)
         return
-    client = _client(cfg)
-    for template in templates:
+    client, cfg = transport.connect(via, cfg, namespace=namespace)
+    for template in catalog_module.templates(cfg):
         action = client.create_or_update_template(template)
         click.echo(f"{action} WorkflowTemplate {template.name}")
-    click.echo(f"{client.server}workflow-templates/{cfg.namespace}")
+    click.echo(client.templates_url())
 
 
 @cli.command()
-@click.option("--apply", "apply_", is_flag=True, help="oc/kubectl apply, then submit the build.")
+@click.option(
+    "--apply",
+    "apply_",
+    is_flag=True,
+    help="Apply the manifests (kube: through the API; argo: oc/kubectl), then submit the build.",
+)
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
@@ -445,6 +552,7 @@ def catalog(apply_: bool) -> None:
 @click.option("--git-repo", default=None, help="Repository the image build clones.")
 @click.option("--git-revision", default="main", show_default=True)
 @click.option("--image-tag", default="0.1.0", show_default=True)
+@_transport_options
 @_one_line_errors
 def bootstrap(
     apply_: bool,
@@ -453,11 +561,16 @@ def bootstrap(
     git_repo: str | None,
     git_revision: str,
     image_tag: str,
+    via: str,
+    namespace: str | None,
 ) -> None:
     """PVCs, ServiceAccount/RBAC and Hub-secret manifests; an in-cluster buildah image build."""
     from workflows import bootstrap as bootstrap_module
 
-    cfg = config.load_cluster()
+    cfg = transport.with_namespace(config.load_cluster(), namespace)
+    client: Transport | None = None
+    if apply_:
+        client, cfg = transport.connect(via, cfg, namespace=namespace)
     written = bootstrap_module.write_manifests(cfg, out, role_arn=role_arn)
     for path in written:
         click.echo(f"wrote {path}")
@@ -467,18 +580,75 @@ def bootstrap(
     build_path = out / "image-build.yaml"
     build_path.write_text(_dump_all([build.to_dict()]))
     click.echo(f"wrote {build_path}")
-    if not apply_:
+    if client is None:
         click.echo(
             f"next: fill {out}/hf-hub-secret.yaml, `oc apply -f {out}/`, then rerun with --apply",
             err=True,
         )
         return
-    bootstrap_module.apply_manifests(written)
+    for path in client.apply_manifests(written):
+        click.echo(f"applied {path}", err=True)
     _require_registry(cfg)
-    client = _client(cfg)
     name = client.create_workflow(build)
     click.echo(f"submitted {name}")
-    click.echo(client.ui_url(name))
+    click.echo(client.workflow_url(name))
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--wait", is_flag=True, help="Follow it until it ends; exit 1 if it fails.")
+@_transport_options
+@_one_line_errors
+def status(name: str, wait: bool, via: str, namespace: str | None) -> None:
+    """Phase, progress N/M, failed step and outputs of workflow NAME (exit 1 if it failed)."""
+    client, _ = transport.connect(via, config.load_cluster(), namespace=namespace)
+    if wait:
+        sys.exit(follow(client, name))
+    wf = client.get_workflow(name)
+    _report_changes(wf, name, {})
+    sys.exit(_outcome(wf, name))
+
+
+@cli.command()
+@click.argument("name")
+@click.option(
+    "--resubmit",
+    is_flag=True,
+    help="Submit a new workflow from the same template and parameters with resume=true "
+    "(what kube offers, since only the Argo Server retries in place).",
+)
+@click.option("-y", "--yes", is_flag=True, help="Answer yes to the resubmit question.")
+@click.option("--wait", is_flag=True, help="Follow it until it ends; exit 1 if it fails.")
+@_transport_options
+@_one_line_errors
+def retry(
+    name: str, resubmit: bool, yes: bool, wait: bool, via: str, namespace: str | None
+) -> None:
+    """Retry failed workflow NAME: in place on the Argo Server, else a --resume resubmit."""
+    client, cfg = transport.connect(via, config.load_cluster(), namespace=namespace)
+    if resubmit or not client.can_retry:
+        wf = client.get_workflow(name)  # a wrong name fails here, before any question
+        if not resubmit:
+            click.echo(
+                f"retry of {name} needs the Argo Server (`argo retry` or the Argo UI); the "
+                "Kubernetes API can only resubmit it: a new workflow from the same template and "
+                "parameters with resume=true, which skips the steps already done.",
+                err=True,
+            )
+            interactive = sys.stdin.isatty()
+            if not yes and not (interactive and click.confirm("Resubmit now?", default=True)):
+                raise RemoteError(
+                    f"workflow {name} not retried; rerun with --resubmit (or --yes) to resubmit "
+                    "it with resume=true, or retry it from the Argo UI"
+                )
+        target = resubmit_workflow(client, wf, cfg)
+        click.echo(f"resubmitted {name} as {target}")
+    else:
+        target = client.retry(name)
+        click.echo(f"retried {target}")
+    click.echo(client.workflow_url(target))
+    if wait:
+        sys.exit(follow(client, target))
 
 
 @cli.command()

@@ -5,6 +5,7 @@ memory, enforces ``resourceVersion`` on updates (409 on a stale one, like the re
 checks ``Authorization: Bearer <token>``, records every request (method, path, headers, JSON
 body) for assertions, and can inject faults: N conflicting PUTs, and a scripted sequence of
 workflow phases (with node states) that ``GET /api/v1/workflows/{ns}/{name}`` walks through.
+``PUT .../{name}/retry`` sets a Failed/Error workflow Running again (400 otherwise).
 Errors use the grpc-gateway shape ``{"code": .., "message": ..}`` that Hera parses.
 """
 
@@ -160,6 +161,16 @@ class _Handler(BaseHTTPRequestHandler):
             meta = workflow["metadata"]
             generate = meta.get("generateName") or meta.get("name", "wf") + "-"
             self._reply(200, self._new_workflow(rest[0], generate, workflow["spec"]))
+        elif method == "PUT" and len(rest) == 3 and rest[2] == "retry":
+            workflow = state.workflows.get((rest[0], rest[1]))
+            if workflow is None:
+                self._error(404, 5, f"workflows {rest[1]!r} not found")
+                return
+            if (workflow.get("status") or {}).get("phase") not in ("Failed", "Error"):
+                self._error(400, 9, "workflow must be Failed/Error to retry")
+                return
+            workflow["status"] = {"phase": "Running"}
+            self._reply(200, workflow)
         elif method == "GET" and len(rest) == 2:
             workflow = state.workflows.get((rest[0], rest[1]))
             if workflow is None:
