@@ -105,4 +105,20 @@ _register()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    cli.main(args=list(argv) if argv is not None else None, prog_name="python -m steps")
+    """Run the CLI; a usage error (missing option, bad value) is one ``error:`` line, exit 2."""
+    try:
+        cli.main(
+            args=list(argv) if argv is not None else None,
+            prog_name="python -m steps",
+            standalone_mode=False,
+        )
+    except click.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "python -m steps"
+        click.echo(f"error: {exc.format_message().rstrip('.')}; see '{where} --help'", err=True)
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("error: interrupted; run the same command again to resume", err=True)
+        sys.exit(130)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from steps import settings
 from steps.errors import BadInputError, RegistryError
 from steps.imageref import ImageRef, LayoutRef, RegistryRef
 from steps.oci import (
@@ -146,7 +147,14 @@ def registry_client(
     chunk_bytes: int = 16 << 20,
 ) -> RegistryClient:
     auth = make_authenticator(host, repository, mode=auth_mode, auth_file=auth_file)
-    return RegistryClient(host, auth=auth, insecure=insecure, chunk_bytes=chunk_bytes)
+    return RegistryClient(
+        host,
+        auth=auth,
+        insecure=insecure,
+        chunk_bytes=chunk_bytes,
+        timeout=settings.registry_timeout_seconds(),
+        backoff=settings.registry_backoff_seconds(),
+    )
 
 
 def open_source(

@@ -286,6 +286,11 @@ def scan_model_dir(model_dir: Path) -> list[PlannedFile]:
                     raise BadInputError(
                         f"{model_dir / rel}: broken symlink; re-run the download step"
                     ) from exc
+                except OSError as exc:  # a loop (ELOOP), a target we may not stat
+                    raise BadInputError(
+                        f"{model_dir / rel}: symlink cannot be followed ({exc.strerror}); "
+                        "replace it with the real file"
+                    ) from exc
                 if not stat.S_ISREG(st.st_mode):
                     raise BadInputError(
                         f"{model_dir / rel}: symlink to a directory or special file; "

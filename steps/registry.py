@@ -679,8 +679,22 @@ class RegistryClient:
                 f"blob for {repository}: stream gave {offset} bytes, planned {size}; "
                 "the source changed during the build, run it again"
             )
-        self._finish_upload(repository, location, digest)
+        try:
+            self._finish_upload(repository, location, digest)
+        except (_RestartBlob, _ConnectionFailed):
+            # The PUT may have landed and only its answer got lost (a reset, a stall, a 5xx from
+            # a proxy after the commit): ask before sending the whole blob again.
+            if self._blob_landed(repository, digest):
+                log.info("registry %s: blob %s landed; its answer was lost", self.host, digest)
+                return digest
+            raise
         return digest
+
+    def _blob_landed(self, repository: str, digest: str) -> bool:
+        try:
+            return self.blob_exists(repository, digest)
+        except RegistryError:
+            return False
 
     def upload_bytes(self, repository: str, data: bytes) -> str:
         """Upload a small blob (config) unless it is already there; return its digest."""

@@ -97,6 +97,20 @@ def http_timeout_seconds() -> float:
     return env_float("SYNESIS_HTTP_TIMEOUT", 60.0)
 
 
+def registry_timeout_seconds() -> float:
+    """Read timeout for one registry request (``SYNESIS_REGISTRY_TIMEOUT``, default 120 s).
+
+    A stalled registry answer past this is treated like a dropped connection: the upload asks
+    the registry how much it holds and resends only the missing chunk.
+    """
+    return env_float("SYNESIS_REGISTRY_TIMEOUT", 120.0)
+
+
+def registry_backoff_seconds() -> float:
+    """First pause before a registry retry, doubled each time (``SYNESIS_REGISTRY_BACKOFF``)."""
+    return env_float("SYNESIS_REGISTRY_BACKOFF", 0.5)
+
+
 def hf_token_file() -> Path:
     """The mounted Hub secret; the cluster templates mount ``hf-hub-secret`` here."""
     return Path(env_str("HF_TOKEN_PATH") or "/var/run/secrets/huggingface/token")
@@ -112,9 +126,10 @@ def hf_token() -> str | None:
         return path.read_text().strip() or None
     except (FileNotFoundError, NotADirectoryError):
         return None
-    except PermissionError as exc:
+    except OSError as exc:  # a directory, no permission, an I/O error
         raise ConfigError(
-            f"Hub token file {path}: not readable; fix the secret mount or set HF_TOKEN"
+            f"Hub token file {path}: not readable ({exc.strerror}); fix the secret mount or "
+            "set HF_TOKEN"
         ) from exc
 
 

@@ -4,5 +4,7 @@ pytest_plugins: list[str] = [
     "tests.support.hub_server",
     "tests.support.tiny_models",
     "tests.support.argo_server",
+    "tests.support.kube_server",
     "tests.support.registry",
+    "tests.support.faults",
 ]

@@ -1,6 +1,6 @@
 """Registry client against a real docker-registry: chunked push, mounts, auth, faults, ECR.
 
-Faults and the Bearer token service come from ``FaultProxy`` (tests/support/registry.py), a
+Faults and the Bearer token service come from ``FaultProxy`` (tests/support/faults.py), a
 loopback proxy that forwards every request it does not fault to the real registry behind it.
 """
 
@@ -19,7 +19,8 @@ from steps.imageref import LayoutRef, RegistryRef, parse_ref
 from steps.oci import sha256_digest
 from steps.registry import BytesReadable, RegistryClient
 from steps.registry_auth import Credentials, StaticAuth, make_authenticator, read_auth_file
-from tests.support.registry import MOTO_ECR_PASSWORD, FaultProxy, RegistryServer
+from tests.support.faults import FaultProxy
+from tests.support.registry import MOTO_ECR_PASSWORD, RegistryServer
 
 KiB = 1024
 
