@@ -98,22 +98,25 @@ def _register() -> None:
     cli.add_command(build.build_command)
     cli.add_command(verify.verify_command)
     cli.add_command(cleanup.cleanup_command)
-    pass
 
 
 _register()
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Run the CLI; a usage error (missing option, bad value) is one ``error:`` line, exit 2."""
+def run_cli(group: click.Group, argv: Sequence[str] | None, prog_name: str) -> None:
+    """Run a click group so a usage error (missing option, bad value) is one ``error:`` line.
+
+    Shared by ``python -m steps`` and ``workflows/submit.py``: click's own multi-line usage
+    block would break the one-line error rule that the workflows' logs and users rely on.
+    """
     try:
-        cli.main(
+        group.main(
             args=list(argv) if argv is not None else None,
-            prog_name="python -m steps",
+            prog_name=prog_name,
             standalone_mode=False,
         )
     except click.UsageError as exc:
-        where = exc.ctx.command_path if exc.ctx is not None else "python -m steps"
+        where = exc.ctx.command_path if exc.ctx is not None else prog_name
         click.echo(f"error: {exc.format_message().rstrip('.')}; see '{where} --help'", err=True)
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
@@ -122,3 +125,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("error: interrupted; run the same command again to resume", err=True)
         sys.exit(130)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    run_cli(cli, argv, "python -m steps")

@@ -19,12 +19,7 @@ works; otherwise config ``images.modelcar_base`` is used.
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import logging
-import os
-import platform
-import tarfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,8 +34,6 @@ from steps.errors import BadInputError
 
 log = logging.getLogger(__name__)
 
-BUSYBOX = Path("/bin/busybox")
-BUSYBOX_LINKS = ("sh", "ln", "sleep", "ls", "cat")
 BUILTIN_BASE_TAG = "busybox"
 
 
@@ -68,73 +61,11 @@ class LocalResult(BaseModel):
 # -- the built-in offline base -----------------------------------------------------------------
 
 
-def _host_arch() -> str:
-    machine = platform.machine().lower()
-    return {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(machine, machine)
-
-
 def builtin_base(work: Path) -> str:
-    """An OCI layout of a FROM-scratch busybox image; returns ``oci:DIR:busybox``.
+    """The offline busybox base as an OCI layout under ``work``; returns ``oci:DIR:busybox``."""
+    from steps.busybox_base import write_layout
 
-    Deterministic (fixed mtimes, uid/gid 0, sorted entries), so the same busybox gives the same
-    base digest and build markers stay valid between runs.
-    """
-    from steps.oci import (
-        CONFIG,
-        MANIFEST,
-        Descriptor,
-        Layout,
-        create_descriptor,
-        create_manifest,
-        sha256_digest,
-    )
-
-    if not BUSYBOX.is_file():
-        raise BadInputError(
-            f"no {BUSYBOX} for the built-in offline base; install busybox-static, or pass "
-            "--base REF (e.g. registry.access.redhat.com/ubi9/ubi-micro:latest, needs network)"
-        )
-    path = work / ".base"
-    ref = f"oci:{path}:{BUILTIN_BASE_TAG}"
-    layout = Layout(path)
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, mode in (("bin", 0o755), ("tmp", 0o1777)):
-            info = tarfile.TarInfo(name)
-            info.type, info.mode = tarfile.DIRTYPE, mode
-            tar.addfile(info)
-        data = BUSYBOX.read_bytes()
-        info = tarfile.TarInfo("bin/busybox")
-        info.size, info.mode = len(data), 0o755
-        tar.addfile(info, io.BytesIO(data))
-        for link in BUSYBOX_LINKS:
-            info = tarfile.TarInfo(f"bin/{link}")
-            info.type, info.linkname, info.mode = tarfile.SYMTYPE, "busybox", 0o777
-            tar.addfile(info)
-    layer = raw.getvalue()
-    config = json.dumps(
-        {
-            "architecture": _host_arch(),
-            "os": "linux",
-            "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"]},
-            "rootfs": {"type": "layers", "diff_ids": [sha256_digest(layer)]},
-            "history": [{"created_by": "synesis built-in base: busybox-static"}],
-        },
-        separators=(",", ":"),
-    ).encode()
-    manifest = create_manifest(
-        config=create_descriptor(config, CONFIG),
-        layers=[create_descriptor(layer, "application/vnd.oci.image.layer.v1.tar")],
-    ).to_json()
-    digest = sha256_digest(manifest)
-    if layout.exists() and layout.has_blob(digest, len(manifest)):
-        return ref
-    layout.init()
-    layout.write_blob(layer)
-    layout.write_blob(config)
-    layout.write_blob(manifest)
-    layout.tag(Descriptor(mediaType=MANIFEST, digest=digest, size=len(manifest)), BUILTIN_BASE_TAG)
-    return ref
+    return write_layout(work / ".base", BUILTIN_BASE_TAG)
 
 
 def choose_base(work: Path, target: str, base: str | None) -> str | None:
@@ -152,16 +83,10 @@ def choose_base(work: Path, target: str, base: str | None) -> str | None:
 
 
 def _listing(model_dir: Path) -> list[tuple[str, int, int]]:
-    found = []
-    for root, dirs, files in os.walk(model_dir):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if name.startswith("."):
-                continue
-            path = Path(root) / name
-            st = path.stat()
-            found.append((path.relative_to(model_dir).as_posix(), st.st_size, st.st_mtime_ns))
-    return found
+    """The files the build will package, from the build's own scan (same symlink policy)."""
+    from steps.layers import scan_model_dir
+
+    return [(f.rel_path, f.size, f.mtime_ns) for f in scan_model_dir(model_dir)]
 
 
 def register_local_model(

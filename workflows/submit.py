@@ -679,7 +679,9 @@ def demo_model(dest: Path, layers: int, hidden: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    cli.main(args=list(argv) if argv is not None else None, prog_name="python workflows/submit.py")
+    from steps.cli import run_cli
+
+    run_cli(cli, argv, "python workflows/submit.py")
 
 
 if __name__ == "__main__":

@@ -6,21 +6,18 @@
 - ``moto_ecr``: a ``ThreadedMotoServer`` on 127.0.0.1; tests point boto3 at it with
   ``AWS_ENDPOINT_URL_ECR`` (see ``ecr_env``).
 - ``busybox_base``: a FROM-scratch image of ``busybox-static`` with sh/ln/sleep/ls links, made by
-  ``make_busybox_image`` and pushed with our own client (the ModelCar base used by the tests).
+  ``steps.busybox_base`` and pushed with our own client (the ModelCar base used by the tests).
 """
 
 from __future__ import annotations
 
 import base64
-import gzip
-import io
 import json
 import os
 import secrets
 import shutil
 import socket
 import subprocess
-import tarfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,22 +26,14 @@ from pathlib import Path
 import pytest
 import requests
 
-from steps.imagesource import host_platform
+from steps.busybox_base import BUSYBOX, busybox_image, write_layout
 from steps.oci import (
-    CONFIG,
-    LAYER_TAR_GZIP,
     MANIFEST,
-    Descriptor,
-    Layout,
-    create_descriptor,
-    create_manifest,
-    sha256_digest,
 )
 from steps.registry import RegistryClient
 from steps.registry_auth import Credentials, StaticAuth
 
 MOTO_ECR_PASSWORD = "123456789012-auth-token"
-BUSYBOX_LINKS = ("sh", "ln", "sleep", "ls", "cat", "sha256sum")
 
 
 def free_port() -> int:
@@ -128,63 +117,21 @@ def start_registry(
     return RegistryServer(host, storage, process, username, password, auth_file)
 
 
-def make_busybox_image() -> tuple[bytes, bytes, bytes]:
-    """(gzip layer, config, manifest) of a FROM-scratch busybox image with applet links."""
-    busybox = Path("/bin/busybox")
-    if not busybox.exists():
-        pytest.skip("busybox-static is not installed")
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name in ("bin", "tmp"):
-            info = tarfile.TarInfo(name)
-            info.type, info.mode = tarfile.DIRTYPE, 0o755 if name == "bin" else 0o1777
-            tar.addfile(info)
-        data = busybox.read_bytes()
-        info = tarfile.TarInfo("bin/busybox")
-        info.size, info.mode = len(data), 0o755
-        tar.addfile(info, io.BytesIO(data))
-        for link in BUSYBOX_LINKS:
-            info = tarfile.TarInfo(f"bin/{link}")
-            info.type, info.linkname, info.mode = tarfile.SYMTYPE, "busybox", 0o777
-            tar.addfile(info)
-    layer_tar = raw.getvalue()
-    layer = gzip.compress(layer_tar, mtime=0)
-    os_name, arch = host_platform()
-    config = json.dumps(
-        {
-            "architecture": arch,
-            "os": os_name,
-            "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"]},
-            "rootfs": {"type": "layers", "diff_ids": [sha256_digest(layer_tar)]},
-            "history": [{"created_by": "busybox-static"}],
-        },
-        separators=(",", ":"),
-    ).encode()
-    manifest = create_manifest(
-        config=create_descriptor(config, CONFIG),
-        layers=[create_descriptor(layer, LAYER_TAR_GZIP)],
-    ).to_json()
-    return layer, config, manifest
-
-
 def push_busybox(client: RegistryClient, repository: str, tag: str = "1") -> str:
     """Push the busybox base with our own client; return its reference."""
-    layer, config, manifest = make_busybox_image()
-    client.upload_bytes(repository, layer)
-    client.upload_bytes(repository, config)
-    client.put_manifest(repository, tag, manifest, MANIFEST)
+    if not BUSYBOX.exists():
+        pytest.skip("busybox-static is not installed")
+    image = busybox_image(compress=True)
+    client.upload_bytes(repository, image.layer)
+    client.upload_bytes(repository, image.config)
+    client.put_manifest(repository, tag, image.manifest, MANIFEST)
     return f"{client.host}/{repository}:{tag}"
 
 
 def write_busybox_layout(path: Path, tag: str = "1") -> str:
-    layer, config, manifest = make_busybox_image()
-    layout = Layout(path)
-    layout.init()
-    for blob in (layer, config):
-        layout.write_blob(blob)
-    digest = layout.write_blob(manifest)
-    layout.tag(Descriptor(mediaType=MANIFEST, digest=digest, size=len(manifest)), tag)
-    return f"oci:{path}:{tag}"
+    if not BUSYBOX.exists():
+        pytest.skip("busybox-static is not installed")
+    return write_layout(path, tag, compress=True)
 
 
 @pytest.fixture(scope="session")
