@@ -455,6 +455,8 @@ class _Fetcher:
         partial.parent.mkdir(parents=True, exist_ok=True)
         fruitless = 0
         while True:
+            if self._stop.is_set():  # another file failed: don't open a transfer to drop it
+                raise _Cancelled()
             have = self._state.partial_size(item)
             if have > item.size:
                 partial.unlink()
