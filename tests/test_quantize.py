@@ -286,3 +286,22 @@ def test_cli_missing_dataset_column(tmp_path: Path, tiny_llama_dir: Path) -> Non
     proc = _cli("--src", str(tiny_llama_dir), "--dest", str(dest), "--recipe", str(recipe))
     _assert_bad_input(proc, dest, "column 'text' not found (columns: prompt)")
     assert "loading" not in proc.stderr  # failed before the model was loaded
+
+
+@pytest.mark.gpu
+def test_nvfp4_runs_on_the_gpu_when_there_is_one(
+    tmp_path: Path, tiny_llama_dir: Path, calibration_file: Path
+) -> None:
+    """Opt-in (``pytest -m gpu``, on a lent GPU machine): with CUDA present the step must put
+    the calibration on the GPU, not quietly fall back to the CPU, and still give the format."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine")
+    from steps.quantize import quantize
+
+    recipe = _recipe(tmp_path, "NVFP4", calibration_file)
+    result = quantize(src=tiny_llama_dir, dest=tmp_path / "quantized", recipe=recipe)
+    assert result.device.startswith("cuda"), result.device
+    assert result.format == "nvfp4-pack-quantized"
+    assert result.quality is not None and 0.0 <= result.quality.top1_agreement <= 1.0
