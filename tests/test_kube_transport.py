@@ -613,7 +613,7 @@ def test_unreachable_api_server_is_one_line_exit_1(
     dead = KubeServer()
     dead.url = "http://127.0.0.1:9"
     monkeypatch.setenv("KUBECONFIG", str(dead.write_kubeconfig(tmp_path / "kc", token=TOKEN)))
-    dead._httpd.server_close()  # never served: nothing listens on port 9
+    dead._server.httpd.server_close()  # never served: nothing listens on port 9
     result = run("status", "x", "--via", "kube")
     assert result.exit_code == 1
     (error,) = _errors(result)

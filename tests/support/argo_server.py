@@ -17,10 +17,12 @@ import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
+
+from tests.support.loopback import LoopbackHTTPServer
 
 
 @dataclass
@@ -198,18 +200,15 @@ class ArgoServer:
 
     def __init__(self) -> None:
         self.state = ArgoServerState()
-        handler = type("Handler", (_Handler,), {"state": self.state})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._server = LoopbackHTTPServer(type("Handler", (_Handler,), {"state": self.state}))
+        self.url = self._server.url
 
     def start(self) -> ArgoServer:
-        self._thread.start()
+        self._server.start()
         return self
 
     def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        self._server.stop()
 
 
 @pytest.fixture

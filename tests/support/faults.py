@@ -41,6 +41,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
+from tests.support.loopback import LoopbackHTTPServer
 from tests.support.registry import RegistryServer
 
 PIECE = 64 * 1024
@@ -95,15 +96,6 @@ class Injected:
     detail: str
 
 
-class _QuietServer(http.server.ThreadingHTTPServer):
-    """Connections are cut on purpose here: no traceback per reset on stderr."""
-
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass
-
-
 class FaultProxy:
     """A loopback HTTP proxy in front of ``upstream`` (``host:port``) that injects faults."""
 
@@ -153,18 +145,16 @@ class FaultProxy:
 
             do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 
-        self.server = _QuietServer(("127.0.0.1", 0), Handler)
-        self.host = f"127.0.0.1:{self.server.server_address[1]}"
-        self.url = f"http://{self.host}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self._server = LoopbackHTTPServer(Handler, quiet=True)  # resets are on purpose
+        self.host = self._server.host
+        self.url = self._server.url
+        self._server.start()
 
     # -- life cycle and counters --------------------------------------------------------------
 
     def stop(self) -> None:
         self._released.set()
-        self.server.shutdown()
-        self.server.server_close()
+        self._server.stop()
 
     def reset_counters(self) -> None:
         with self._lock:

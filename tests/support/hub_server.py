@@ -30,11 +30,13 @@ import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import pytest
+
+from tests.support.loopback import LoopbackHTTPServer
 
 _SEND_CHUNK = 1 << 20
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -138,22 +140,18 @@ class HubServer:
         self.bytes_sent = 0
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
-        self._httpd.daemon_threads = True
-        self.port = self._httpd.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self._server = LoopbackHTTPServer(_make_handler(self))
+        self.port = self._server.port
+        self.url = self._server.url
         self.cdn_url = f"http://localhost:{self.port}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
     def start(self) -> HubServer:
-        self._thread.start()
+        self._server.start()
         return self
 
     def stop(self) -> None:
         self.release.set()
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
+        self._server.stop()
 
     def add_repo(
         self, repo_id: str, *, gated: bool = False, tokens: set[str] | None = None

@@ -28,13 +28,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import Message
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
+
+from tests.support.loopback import LoopbackHTTPServer
 
 KNOWN = {
     ("api", "v1"): {"persistentvolumeclaims", "serviceaccounts", "secrets"},
@@ -295,19 +297,15 @@ class KubeServer:
 
     def __init__(self) -> None:
         self.state = KubeState()
-        handler = type("Handler", (_Handler,), {"state": self.state})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._server = LoopbackHTTPServer(type("Handler", (_Handler,), {"state": self.state}))
+        self.url = self._server.url
 
     def start(self) -> KubeServer:
-        self._thread.start()
+        self._server.start()
         return self
 
     def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        self._server.stop()
 
     def write_kubeconfig(
         self, path: Path, *, token: str, namespace: str | None = "team-a", user: str = "alice"
