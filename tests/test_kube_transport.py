@@ -20,13 +20,12 @@ from click.testing import CliRunner, Result
 
 from steps import config
 from steps.errors import ConfigError
-from tests.support.argo_server import ArgoServer
+from tests.support.argo_server import ARGO_TOKEN, TEST_ECR_URI, ArgoServer
 from tests.support.kube_server import KubeServer
 from workflows import kube_client, submit, transport
 
-ECR = "123456789012.dkr.ecr.us-east-1.amazonaws.com/modelcars"
+ECR = TEST_ECR_URI
 TOKEN = "sha256~kube-token-0123456789abcdef"
-ARGO_TOKEN = "argo-token-0123456789abcdef"
 INSTANCE = "workflows.argoproj.io/controller-instanceid"
 WF_PATH = "/apis/argoproj.io/v1alpha1/namespaces/team-a/workflows"
 WT_PATH = "/apis/argoproj.io/v1alpha1/namespaces/team-a/workflowtemplates"
@@ -62,16 +61,6 @@ def kube(kube_server: KubeServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     monkeypatch.setenv("KUBECONFIG", str(path))
     monkeypatch.setenv("ECR_URI", ECR)
     return kube_server
-
-
-@pytest.fixture
-def argo(argo_server: ArgoServer, monkeypatch: pytest.MonkeyPatch) -> ArgoServer:
-    argo_server.state.token = ARGO_TOKEN
-    monkeypatch.setenv("ARGO_SERVER", argo_server.url)
-    monkeypatch.setenv("ARGO_TOKEN", ARGO_TOKEN)
-    monkeypatch.setenv("ARGO_NAMESPACE", "team-a")
-    monkeypatch.setenv("ECR_URI", ECR)
-    return argo_server
 
 
 def run(*args: str) -> Result:
@@ -204,12 +193,12 @@ def test_submit_creates_a_workflow_that_references_the_template(
 
 
 def test_submit_sends_the_same_parameters_as_the_argo_transport(
-    kube: KubeServer, argo: ArgoServer
+    kube: KubeServer, argo_cluster: ArgoServer
 ) -> None:
     """One submit logic, two transports: the Workflow the kube path creates carries exactly
     the parameters the Argo Server was asked to submit with."""
     assert run("executor", "--via", "argo", "--tag", "x1").exit_code == 0
-    (submitted,) = argo.state.calls("POST", "/api/v1/workflows/team-a/submit")
+    (submitted,) = argo_cluster.state.calls("POST", "/api/v1/workflows/team-a/submit")
     argo_params = dict(p.split("=", 1) for p in submitted.body["submitOptions"]["parameters"])
     result = run("executor", "--via", "kube", "--tag", "x1")
     assert result.exit_code == 0, result.output
@@ -335,18 +324,18 @@ def _kube_workflow(kube: KubeServer, status: dict[str, Any]) -> str:
     return path.rsplit("/", 1)[1]
 
 
-def _argo_workflow(argo: ArgoServer, status: dict[str, Any]) -> str:
+def _argo_workflow(argo_cluster: ArgoServer, status: dict[str, Any]) -> str:
     assert run("manager", "--via", "argo", "--tag", "t9").exit_code == 0
-    ((_, name),) = argo.state.workflows
-    argo.state.workflows[("team-a", name)]["status"] = status
+    ((_, name),) = argo_cluster.state.workflows
+    argo_cluster.state.workflows[("team-a", name)]["status"] = status
     return str(name)
 
 
 @pytest.mark.parametrize("via", ["kube", "argo"])
 def test_status_prints_phase_progress_and_failed_step(
-    via: str, kube: KubeServer, argo: ArgoServer
+    via: str, kube: KubeServer, argo_cluster: ArgoServer
 ) -> None:
-    name = _kube_workflow(kube, FAILED) if via == "kube" else _argo_workflow(argo, FAILED)
+    name = _kube_workflow(kube, FAILED) if via == "kube" else _argo_workflow(argo_cluster, FAILED)
     result = run("status", name, "--via", via)
     assert result.exit_code == 1
     assert f"{name}: Failed 1/4" in result.output
@@ -356,11 +345,11 @@ def test_status_prints_phase_progress_and_failed_step(
 
 @pytest.mark.parametrize("via", ["kube", "argo"])
 def test_status_of_a_running_workflow_is_one_json_line_exit_0(
-    via: str, kube: KubeServer, argo: ArgoServer
+    via: str, kube: KubeServer, argo_cluster: ArgoServer
 ) -> None:
     import json
 
-    name = _kube_workflow(kube, RUNNING) if via == "kube" else _argo_workflow(argo, RUNNING)
+    name = _kube_workflow(kube, RUNNING) if via == "kube" else _argo_workflow(argo_cluster, RUNNING)
     result = run("status", name, "--via", via)
     assert result.exit_code == 0, result.output
     last = json.loads(result.output.strip().splitlines()[-1])
@@ -369,26 +358,26 @@ def test_status_of_a_running_workflow_is_one_json_line_exit_0(
 
 @pytest.mark.parametrize("via", ["kube", "argo"])
 def test_status_of_a_missing_workflow_is_exit_1(
-    via: str, kube: KubeServer, argo: ArgoServer
+    via: str, kube: KubeServer, argo_cluster: ArgoServer
 ) -> None:
     result = run("status", "nope-123", "--via", via)
     assert result.exit_code == 1
     assert _errors(result) == ["error: workflow nope-123 not found in team-a"]
 
 
-def test_retry_on_argo_uses_the_retry_endpoint(argo: ArgoServer) -> None:
-    name = _argo_workflow(argo, FAILED)
+def test_retry_on_argo_uses_the_retry_endpoint(argo_cluster: ArgoServer) -> None:
+    name = _argo_workflow(argo_cluster, FAILED)
     result = run("retry", name)  # auto: ARGO_SERVER is set
     assert result.exit_code == 0, result.output
-    (put,) = argo.state.calls("PUT")
+    (put,) = argo_cluster.state.calls("PUT")
     assert put.path == f"/api/v1/workflows/team-a/{name}/retry"
     assert put.body["name"] == name and put.headers["Authorization"] == f"Bearer {ARGO_TOKEN}"
     assert f"retried {name}" in result.output
-    assert f"{argo.url}/workflows/team-a/{name}" in result.output
+    assert f"{argo_cluster.url}/workflows/team-a/{name}" in result.output
 
 
-def test_retry_on_argo_refused_by_the_server_is_exit_1(argo: ArgoServer) -> None:
-    name = _argo_workflow(argo, RUNNING)
+def test_retry_on_argo_refused_by_the_server_is_exit_1(argo_cluster: ArgoServer) -> None:
+    name = _argo_workflow(argo_cluster, RUNNING)
     result = run("retry", name)
     assert result.exit_code == 1 and len(_errors(result)) == 1
 
@@ -437,11 +426,11 @@ def test_retry_of_a_missing_workflow_on_kube_fails_before_asking(kube: KubeServe
     assert result.output.strip() == "error: workflow nope-1 not found in team-a"
 
 
-def test_retry_on_argo_can_resubmit_too(argo: ArgoServer) -> None:
-    name = _argo_workflow(argo, FAILED)
+def test_retry_on_argo_can_resubmit_too(argo_cluster: ArgoServer) -> None:
+    name = _argo_workflow(argo_cluster, FAILED)
     result = run("retry", name, "--resubmit")
     assert result.exit_code == 0, result.output
-    submits = argo.state.calls("POST", "/api/v1/workflows/team-a/submit")
+    submits = argo_cluster.state.calls("POST", "/api/v1/workflows/team-a/submit")
     assert len(submits) == 2
     params = dict(p.split("=", 1) for p in submits[1].body["submitOptions"]["parameters"])
     assert params["resume"] == "true" and params["tag"] == "t9"
@@ -501,11 +490,11 @@ def test_bootstrap_forbidden_rbac_names_the_admin_role(kube: KubeServer, tmp_pat
 
 
 def test_auto_picks_argo_when_argo_server_is_set_even_with_a_kubeconfig(
-    kube: KubeServer, argo: ArgoServer
+    kube: KubeServer, argo_cluster: ArgoServer
 ) -> None:
     result = run("manager")
     assert result.exit_code == 0, result.output
-    assert argo.state.calls("POST", "/api/v1/workflows/team-a/submit")
+    assert argo_cluster.state.calls("POST", "/api/v1/workflows/team-a/submit")
     assert kube.state.requests == []
 
 

@@ -16,12 +16,12 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 
-from tests.support.argo_server import ArgoServer
+from tests.support.argo_server import ARGO_TOKEN, TEST_ECR_URI, ArgoServer
 from workflows import submit
 
 REPO = Path(__file__).resolve().parent.parent
-ECR = "123456789012.dkr.ecr.us-east-1.amazonaws.com/modelcars"
-TOKEN = "argo-token-0123456789abcdef"
+ECR = TEST_ECR_URI
+TOKEN = ARGO_TOKEN
 
 
 @pytest.fixture(autouse=True)
@@ -42,16 +42,6 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KUBECONFIG", "/nonexistent/kubeconfig")  # no kube fallback either
     monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no `oc` token fallback in these tests
     monkeypatch.setenv("SYNESIS_ARGO_POLL", "0.01")
-
-
-@pytest.fixture
-def cluster_env(monkeypatch: pytest.MonkeyPatch, argo_server: ArgoServer) -> ArgoServer:
-    argo_server.state.token = TOKEN
-    monkeypatch.setenv("ARGO_SERVER", argo_server.url)
-    monkeypatch.setenv("ARGO_TOKEN", TOKEN)
-    monkeypatch.setenv("ARGO_NAMESPACE", "team-a")
-    monkeypatch.setenv("ECR_URI", ECR)
-    return argo_server
 
 
 def run(*args: str) -> Result:
@@ -82,11 +72,11 @@ def test_validate_picks_the_small_profile() -> None:
 
 
 def test_submit_creates_the_template_then_submits_with_bearer_token(
-    cluster_env: ArgoServer,
+    argo_cluster: ArgoServer,
 ) -> None:
     result = run("manager", "--model", "org/tiny", "--tag", "t1", "--builder", "stream")
     assert result.exit_code == 0, result.output
-    state = cluster_env.state
+    state = argo_cluster.state
     assert [(r.method, r.path) for r in state.requests] == [
         ("GET", "/api/v1/workflow-templates/team-a/synesis-manager"),
         ("POST", "/api/v1/workflow-templates/team-a"),
@@ -103,21 +93,23 @@ def test_submit_creates_the_template_then_submits_with_bearer_token(
     assert params["builder"] == "stream" and params["resume"] == "false"
     (name,) = [n for (_, n) in state.workflows]
     assert f"submitted {name}" in result.output
-    assert f"{cluster_env.url}/workflows/team-a/{name}" in result.output
+    assert f"{argo_cluster.url}/workflows/team-a/{name}" in result.output
     assert TOKEN not in result.output
 
 
 def test_catalog_apply_creates_then_updates_with_resource_version(
-    cluster_env: ArgoServer,
+    argo_cluster: ArgoServer,
 ) -> None:
     first = run("catalog", "--apply")
     assert first.exit_code == 0, first.output
     assert first.output.count("created WorkflowTemplate") == 3
-    versions = {k: v["metadata"]["resourceVersion"] for k, v in cluster_env.state.templates.items()}
+    versions = {
+        k: v["metadata"]["resourceVersion"] for k, v in argo_cluster.state.templates.items()
+    }
     second = run("catalog", "--apply")
     assert second.exit_code == 0, second.output
     assert second.output.count("updated WorkflowTemplate") == 3
-    puts = cluster_env.state.calls("PUT")
+    puts = argo_cluster.state.calls("PUT")
     assert len(puts) == 3
     for put in puts:
         name = put.path.rsplit("/", 1)[1]
@@ -126,12 +118,12 @@ def test_catalog_apply_creates_then_updates_with_resource_version(
         assert sent == versions[("team-a", name)]
 
 
-def test_catalog_apply_retries_a_409_conflict(cluster_env: ArgoServer) -> None:
+def test_catalog_apply_retries_a_409_conflict(argo_cluster: ArgoServer) -> None:
     assert run("catalog", "--apply").exit_code == 0
-    cluster_env.state.put_conflicts = 1
+    argo_cluster.state.put_conflicts = 1
     result = run("catalog", "--apply")
     assert result.exit_code == 0, result.output
-    puts = cluster_env.state.calls("PUT")
+    puts = argo_cluster.state.calls("PUT")
     assert len(puts) == 4  # one conflict, then three accepted updates
     assert puts[0].path == puts[1].path
     assert (
@@ -140,9 +132,9 @@ def test_catalog_apply_retries_a_409_conflict(cluster_env: ArgoServer) -> None:
     )
 
 
-def test_catalog_apply_gives_up_after_repeated_conflicts(cluster_env: ArgoServer) -> None:
+def test_catalog_apply_gives_up_after_repeated_conflicts(argo_cluster: ArgoServer) -> None:
     assert run("catalog", "--apply").exit_code == 0
-    cluster_env.state.put_conflicts = 10
+    argo_cluster.state.put_conflicts = 10
     result = run("catalog", "--apply")
     assert result.exit_code == 1
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
@@ -151,7 +143,7 @@ def test_catalog_apply_gives_up_after_repeated_conflicts(cluster_env: ArgoServer
 
 
 def test_wrong_token_is_one_line_exit_1_and_never_printed(
-    cluster_env: ArgoServer, monkeypatch: pytest.MonkeyPatch
+    argo_cluster: ArgoServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ARGO_TOKEN", "wrong-token-abcdef123456")
     result = run("manager")
@@ -170,13 +162,13 @@ def test_unreachable_server_is_one_line_exit_1(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_missing_ecr_uri_is_exit_2_before_any_request(
-    cluster_env: ArgoServer, monkeypatch: pytest.MonkeyPatch
+    argo_cluster: ArgoServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("ECR_URI")
     result = run("manager")
     assert result.exit_code == 2
     assert result.output.startswith("error: ECR_URI is not set")
-    assert cluster_env.state.requests == []
+    assert argo_cluster.state.requests == []
 
 
 def test_missing_argo_server_is_exit_2(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -200,9 +192,9 @@ def test_bad_input_exits_2(args: list[str]) -> None:
     assert result.exit_code == 2, result.output
 
 
-def test_wait_follows_progress_and_prints_outputs(cluster_env: ArgoServer) -> None:
+def test_wait_follows_progress_and_prints_outputs(argo_cluster: ArgoServer) -> None:
     node = {"name": "x.download", "displayName": "download", "type": "Pod"}
-    cluster_env.state.phases = [
+    argo_cluster.state.phases = [
         {
             "phase": "Running",
             "nodes": {"n1": {**node, "id": "n1", "phase": "Running", "progress": "1/3"}},
@@ -228,19 +220,19 @@ def test_wait_follows_progress_and_prints_outputs(cluster_env: ArgoServer) -> No
     assert '"digest": "sha256:abc"' in result.output
 
 
-def test_wait_exits_1_when_the_workflow_fails(cluster_env: ArgoServer) -> None:
-    cluster_env.state.phases = [{"phase": "Failed", "message": "child 'build' failed"}]
+def test_wait_exits_1_when_the_workflow_fails(argo_cluster: ArgoServer) -> None:
+    argo_cluster.state.phases = [{"phase": "Failed", "message": "child 'build' failed"}]
     result = run("manager", "--wait")
     assert result.exit_code == 1
     assert "Failed: child 'build' failed" in result.output
 
 
-def test_all_registers_every_template_and_submits_the_fan_out(cluster_env: ArgoServer) -> None:
+def test_all_registers_every_template_and_submits_the_fan_out(argo_cluster: ArgoServer) -> None:
     result = run("all", "--resume")
     assert result.exit_code == 0, result.output
-    names = {name for (_, name) in cluster_env.state.templates}
+    names = {name for (_, name) in argo_cluster.state.templates}
     assert names == {"synesis-manager", "synesis-executor", "synesis-all"}
-    (submitted,) = cluster_env.state.calls("POST", "/api/v1/workflows/team-a/submit")
+    (submitted,) = argo_cluster.state.calls("POST", "/api/v1/workflows/team-a/submit")
     assert submitted.body["resourceName"] == "synesis-all"
     assert _params(submitted.body) == {"registry": ECR, "builder": "buildah", "resume": "true"}
 
@@ -326,7 +318,7 @@ def test_bootstrap_image_build_workflow_validates_strictly(tmp_path: Path) -> No
 
 
 def test_bootstrap_apply_skips_the_placeholder_secret_and_submits_the_build(
-    cluster_env: ArgoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    argo_cluster: ArgoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`oc` cannot run here: a stand-in script on PATH records what it was asked to apply."""
     bin_dir = tmp_path / "bin"
@@ -342,7 +334,7 @@ def test_bootstrap_apply_skips_the_placeholder_secret_and_submits_the_build(
     assert result.exit_code == 0, result.output
     applied = log.read_text().splitlines()
     assert applied == [f"apply -f {out / 'pvcs.yaml'}", f"apply -f {out / 'rbac.yaml'}"]
-    (created,) = cluster_env.state.calls("POST", "/api/v1/workflows/team-a")
+    (created,) = argo_cluster.state.calls("POST", "/api/v1/workflows/team-a")
     assert created.body["workflow"]["metadata"]["generateName"] == "synesis-image-build-"
     assert "submitted synesis-image-build-" in result.output
 

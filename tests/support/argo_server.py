@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.loopback import LoopbackHTTPServer
+from tests.support.loopback import StandIn
 
 
 @dataclass
@@ -195,20 +195,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._handle("PUT")
 
 
-class ArgoServer:
+class ArgoServer(StandIn[ArgoServerState]):
     """The running stand-in: ``url`` for ARGO_SERVER, ``state`` to script and inspect."""
 
     def __init__(self) -> None:
-        self.state = ArgoServerState()
-        self._server = LoopbackHTTPServer(type("Handler", (_Handler,), {"state": self.state}))
-        self.url = self._server.url
-
-    def start(self) -> ArgoServer:
-        self._server.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.stop()
+        super().__init__(_Handler, ArgoServerState())
 
 
 @pytest.fixture
@@ -218,3 +209,19 @@ def argo_server() -> Iterator[ArgoServer]:
         yield server
     finally:
         server.stop()
+
+
+ARGO_TOKEN = "argo-token-0123456789abcdef"
+TEST_ECR_URI = "123456789012.dkr.ecr.us-east-1.amazonaws.com/modelcars"
+
+
+@pytest.fixture
+def argo_cluster(argo_server: ArgoServer, monkeypatch: pytest.MonkeyPatch) -> ArgoServer:
+    """The stand-in as submit.py finds a cluster: ARGO_SERVER/ARGO_TOKEN, namespace team-a,
+    and an ECR_URI (cluster submits need one)."""
+    argo_server.state.token = ARGO_TOKEN
+    monkeypatch.setenv("ARGO_SERVER", argo_server.url)
+    monkeypatch.setenv("ARGO_TOKEN", ARGO_TOKEN)
+    monkeypatch.setenv("ARGO_NAMESPACE", "team-a")
+    monkeypatch.setenv("ECR_URI", TEST_ECR_URI)
+    return argo_server

@@ -36,7 +36,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import yaml
 
-from tests.support.loopback import LoopbackHTTPServer
+from tests.support.loopback import StandIn
 
 KNOWN = {
     ("api", "v1"): {"persistentvolumeclaims", "serviceaccounts", "secrets"},
@@ -292,20 +292,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._handle("PATCH")
 
 
-class KubeServer:
+class KubeServer(StandIn[KubeState]):
     """The running stand-in: ``url`` for a kubeconfig, ``state`` to script and inspect."""
 
     def __init__(self) -> None:
-        self.state = KubeState()
-        self._server = LoopbackHTTPServer(type("Handler", (_Handler,), {"state": self.state}))
-        self.url = self._server.url
-
-    def start(self) -> KubeServer:
-        self._server.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.stop()
+        super().__init__(_Handler, KubeState())
 
     def write_kubeconfig(
         self, path: Path, *, token: str, namespace: str | None = "team-a", user: str = "alice"

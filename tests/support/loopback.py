@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Generic, Self, TypeVar
+
+StateT = TypeVar("StateT")
 
 
 class _Server(ThreadingHTTPServer):
@@ -37,3 +39,19 @@ class LoopbackHTTPServer:
         self.httpd.shutdown()
         self.httpd.server_close()
         self._thread.join(timeout=5)
+
+
+class StandIn(Generic[StateT]):
+    """A scripted stand-in: its handler class reads ``state``; ``url`` is where it listens."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler], state: StateT) -> None:
+        self.state = state
+        self._server = LoopbackHTTPServer(type("Handler", (handler,), {"state": state}))
+        self.url = self._server.url
+
+    def start(self) -> Self:
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.stop()
